@@ -1,0 +1,116 @@
+"""The ``resgen`` command: LightningCLI (fit / validate / test / predict) plus ``modalities``.
+
+``resgen predict --ckpt_path X`` (or ``test``) with no ``--config``/``--model`` rebuilds the
+model from the configuration stored in the checkpoint, so a checkpoint alone is enough.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.cli import LightningCLI
+
+from resgen.checkpoint import read_checkpoint, stored_config
+from resgen.config import class_path
+from resgen.plugins import get_modality, load_plugins
+
+CHECKPOINT_SUBCOMMANDS = ("predict", "test", "validate")
+
+
+class ResGenCLI(LightningCLI):
+    """LightningCLI with a default prediction writer from the model's modality plugin."""
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_argument(
+            "--output_dir", type=str, default="outputs/predict",
+            help="Where `predict` writes samples when no prediction writer is configured.",
+        )
+
+    def before_predict(self) -> None:
+        bind = getattr(self.datamodule, "bind_model", None)
+        if callable(bind):
+            bind(self.model)
+        if any(isinstance(cb, BasePredictionWriter) for cb in self.trainer.callbacks):
+            return
+        codec = getattr(self.model, "codec", None)
+        modality = getattr(codec, "modality", "")
+        if not modality:
+            raise RuntimeError(
+                "predict needs a prediction writer: add one to trainer.callbacks, or use a model "
+                "whose codec belongs to an installed modality plugin."
+            )
+        output_dir = self.config[self.subcommand]["output_dir"]
+        self.trainer.callbacks.append(get_modality(modality).prediction_writer(output_dir))
+
+
+def _option_given(args: list[str], *names: str) -> bool:
+    return any(a == n or a.startswith(n + "=") or a.startswith(n + ".") for a in args for n in names)
+
+
+def _option_value(args: list[str], name: str) -> str | None:
+    for i, a in enumerate(args):
+        if a == name and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def inject_checkpoint_config(args: list[str]) -> list[str]:
+    """For ``predict``/``test``/``validate --ckpt_path X`` without a model config, add the
+    model (and for predict, the modality's default data) stored in the checkpoint."""
+    if not args or args[0] not in CHECKPOINT_SUBCOMMANDS:
+        return args
+    ckpt_path = _option_value(args, "--ckpt_path")
+    if ckpt_path is None or _option_given(args, "--config", "-c", "--model"):
+        return args
+    ckpt = read_checkpoint(ckpt_path)
+    extra = ["--model", json.dumps(stored_config(ckpt, ckpt_path))]
+    if args[0] == "predict" and not _option_given(args, "--data"):
+        modality = ckpt.get("resgen", {}).get("modality", "")
+        plugin = get_modality(modality)
+        if plugin.predict_data is None:
+            raise RuntimeError(f"modality {modality!r} has no default prediction data; pass --data.")
+        extra += ["--data", json.dumps({"class_path": class_path(plugin.predict_data)})]
+    return [args[0], *extra, *args[1:]]
+
+
+def print_modalities() -> None:
+    plugins = load_plugins()
+    if not plugins:
+        print("no resgen modality plugins installed")
+    for name, plugin in sorted(plugins.items()):
+        print(f"{name:12s} {plugin.description}")
+
+
+def main(args: list[str] | None = None) -> ResGenCLI | None:
+    """Entry point of the ``resgen`` command; tests call it in-process with ``args``."""
+    args = list(sys.argv[1:] if args is None else args)
+    load_plugins()  # import plugin classes before configs or checkpoints refer to them
+    if args[:1] == ["modalities"]:
+        print_modalities()
+        return None
+    args = inject_checkpoint_config(args)
+    return ResGenCLI(
+        L.LightningModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        seed_everything_default=0,
+        args=args,
+    )
+
+
+def run() -> None:
+    """Console-script entry point (``resgen ...``)."""
+    args, sys.argv[1:] = sys.argv[1:], []  # LightningCLI warns when it sees both
+    main(args)
+
+
+if __name__ == "__main__":
+    run()
