@@ -259,7 +259,7 @@ def test_inception_missing_weights_message(tmp_path: Path) -> None:
         with pytest.raises(FileNotFoundError) as err:
             InceptionFeatures(path)
         message = str(err.value)
-        assert "FID" in message and "IMAGENET1K_V1" in message and "inception_weights" in message
+        assert "FID" in message and "IMAGENET1K_V1" in message and "evaluator.init_args.weights_path" in message
         assert "torch.save" in message
     assert "absent.pt" in message
 

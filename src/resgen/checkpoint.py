@@ -74,10 +74,27 @@ def load_codec(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     return codec.eval(), codec_config
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
-    """Rebuild any ResGen LightningModule (codec trainer or generator) from its checkpoint alone."""
+def without_evaluator(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a model config with its evaluator (the FID judge) removed."""
+    init_args = dict(config.get("init_args", {}))
+    if "evaluator" in init_args:
+        init_args["evaluator"] = None
+    return {**config, "init_args": init_args}
+
+
+def load_model(
+    path: str | Path, map_location: str | torch.device = "cpu", *, evaluator: bool = False
+) -> torch.nn.Module:
+    """Rebuild any ResGen LightningModule (codec trainer or generator) from its checkpoint alone.
+
+    Args:
+        path: the checkpoint.
+        map_location: device of the returned model.
+        evaluator: also rebuild the model's evaluator (the FID judge), needed for ``test``.
+    """
     ckpt = read_checkpoint(path)
-    model = instantiate(stored_config(ckpt, path))
+    config = stored_config(ckpt, path)
+    model = instantiate(config if evaluator else without_evaluator(config))
     model.on_load_checkpoint(ckpt)
     model.load_state_dict(ckpt["state_dict"])
     return model.to(map_location).eval()

@@ -14,7 +14,7 @@ import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningCLI
 
-from resgen.checkpoint import read_checkpoint, stored_config
+from resgen.checkpoint import read_checkpoint, stored_config, without_evaluator
 from resgen.config import class_path
 from resgen.plugins import get_modality, load_plugins
 
@@ -69,8 +69,14 @@ def inject_checkpoint_config(args: list[str]) -> list[str]:
     if ckpt_path is None or _option_given(args, "--config", "-c", "--model"):
         return args
     ckpt = read_checkpoint(ckpt_path)
-    extra = ["--model", json.dumps(stored_config(ckpt, ckpt_path))]
-    if args[0] == "predict" and not _option_given(args, "--data"):
+    config = stored_config(ckpt, ckpt_path)
+    if args[0] == "predict":  # sampling needs no judge (whose weights may live elsewhere)
+        config = without_evaluator(config)
+    extra = ["--model", json.dumps(config)]
+    data_class_given = any(
+        a in ("--data", "--data.class_path") or a.startswith(("--data=", "--data.class_path=")) for a in args
+    )
+    if args[0] == "predict" and not data_class_given:
         modality = ckpt.get("resgen", {}).get("modality", "")
         plugin = get_modality(modality)
         if plugin.predict_data is None:

@@ -104,7 +104,8 @@ class ResGen(Configurable, L.LightningModule):
         )
         self.net_ema = copy.deepcopy(self.net).requires_grad_(False) if ema_decay > 0 else None
         # Not a submodule: the evaluator's weights are its own, not the generator's.
-        self._evaluator = GenerativeEvaluator(evaluator) if evaluator is not None else None
+        # (nn.Module would register it; bypass that so it stays out of state_dict/checkpoints).
+        object.__setattr__(self, "_evaluator", GenerativeEvaluator(evaluator) if evaluator is not None else None)
 
     # ----------------------------------------------------------------- helpers
     @property
@@ -131,6 +132,15 @@ class ResGen(Configurable, L.LightningModule):
         return visible, counts
 
     # ----------------------------------------------------------------- training
+    def on_fit_start(self) -> None:
+        data_classes = getattr(getattr(self.trainer, "datamodule", None), "num_classes", None)
+        model_classes = getattr(self.conditioner, "num_classes", None)
+        if isinstance(data_classes, int) and model_classes is not None and data_classes != model_classes:
+            raise ValueError(
+                f"the data has {data_classes} classes but the conditioner was configured with "
+                f"{model_classes}; set model.init_args.conditioner.init_args.num_classes: {data_classes}."
+            )
+
     def compute_loss(
         self, tokens: Tensor, cond: Any, *, generator: torch.Generator | None = None,
         net: ResGenNet | None = None, drop: Tensor | None = None,

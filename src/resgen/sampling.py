@@ -92,8 +92,11 @@ def counts_schedule(total: Tensor, steps: int, schedule: str = "cosine") -> Tens
     n = torch.floor(gamma(t).unsqueeze(-1) * total.double().unsqueeze(0)).long()
     n[-1] = 0
     prev = total.clone()
+    # Leave at least one token for each remaining step where possible (n_t >= min(N, T) - t).
+    floor = torch.minimum(total, torch.full_like(total, steps))
     for i in range(steps):
         n[i] = torch.minimum(n[i], (prev - 1).clamp_min(0))
+        n[i] = torch.maximum(n[i], (floor - (i + 1)).clamp_min(0))
         prev = n[i]
     return n
 
@@ -152,7 +155,10 @@ def sample_tokens(
         proposal = torch.where(mask, proposal, tokens)
         # Confidence of a position: log-density of its quantized sample under the mixture.
         quantized = (codec.embed(proposal) - codec.embed(proposal, upto=first)) / scale
-        log_density = mixture.log_prob(quantized.to(mixture.means.dtype)).float()  # [B, L]
+        mix32 = Mixture(mixture.logits.float(), mixture.means.float(), mixture.log_scales.float())
+        log_density = mix32.log_prob(quantized.float())  # [B, L]
+        # Never let a masked token tie with the -inf sentinel of revealed tokens below.
+        log_density = torch.nan_to_num(log_density, nan=-1e30, neginf=-1e30, posinf=1e30)
         conf = log_density.unsqueeze(-1).expand(b, length, depth)
         anneal = config.confidence_temperature * (1.0 - (step + 1) / config.steps)
         if anneal > 0:
@@ -162,7 +168,7 @@ def sample_tokens(
         conf = torch.where(mask, conf, torch.full_like(conf, -math.inf)).flatten(1)
         # Reveal the most confident masked tokens; a stable sort breaks ties toward the
         # coarser depth (lower flat index within a position).
-        order = conf.sort(-1, descending=True, stable=True).indices
+        order = conf.sort(dim=-1, descending=True, stable=True).indices
         positions = torch.arange(order.shape[-1], device=device).expand_as(order)
         rank = torch.empty_like(order).scatter_(-1, order, positions)
         to_reveal = mask.flatten(1).sum(-1) - schedule[step]  # [B]

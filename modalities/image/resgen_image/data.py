@@ -115,6 +115,10 @@ class _ImageDataModule(L.LightningDataModule):
         """Validation batches in a fixed order."""
         return self._loader(self.val_dataset, shuffle=False)
 
+    def predict_dataloader(self) -> DataLoader:
+        """The test split: ``predict`` samples with its conditions (class labels)."""
+        return self._loader(self.test_dataset, shuffle=False)
+
     def test_dataloader(self) -> DataLoader:
         """Test batches in a fixed order."""
         return self._loader(self.test_dataset, shuffle=False)

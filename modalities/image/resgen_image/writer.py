@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from einops import rearrange
 from lightning.pytorch.callbacks import BasePredictionWriter
@@ -20,8 +21,8 @@ def to_uint8(images: Tensor) -> Tensor:
 
 def save_png(image: Tensor, path: Path) -> None:
     """Atomically write a uint8 ``[C, H, W]`` image as PNG."""
-    array = rearrange(image.cpu(), "c h w -> h w c").numpy()
-    pil = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    array = rearrange(image.cpu(), "c h w -> h w c").contiguous().numpy()
+    pil = Image.fromarray(np.ascontiguousarray(array[..., 0]) if array.shape[-1] == 1 else array)
     tmp = path.with_name(f".{path.name}.tmp")
     pil.save(tmp, format="PNG")
     os.replace(tmp, path)
