@@ -34,6 +34,10 @@ class ResGen(Configurable, L.LightningModule):
         width, num_layers, num_heads, mlp_ratio, dropout: backbone shape.
         num_components: K of the mixture head (few components sample noise).
         head_rank: optional low-rank bottleneck of the head's means/scales.
+        min_log_scale: floor of the components' log standard deviations (in units of the
+            latent scale). RVQ targets are discrete, so without a floor the exact NLL is won by
+            shrinking components onto individual training latents; that starves the coarse,
+            condition-dependent structure (digits: -7 sampled at chance, -1.5 learns classes).
         loss: ``"nll"`` (exact) or ``"jensen"`` (hard split: component CE + Gaussian NLL).
         mask_schedule: ``gamma`` of training masks and sampling (``cosine``/``linear``).
         max_positions: position table size for variable-length codecs (default: codec's L).
@@ -57,6 +61,7 @@ class ResGen(Configurable, L.LightningModule):
         dropout: float = 0.0,
         num_components: int = 64,
         head_rank: int | None = None,
+        min_log_scale: float = -1.5,
         loss: str = "nll",
         mask_schedule: str = "cosine",
         max_positions: int | None = None,
@@ -101,6 +106,7 @@ class ResGen(Configurable, L.LightningModule):
             dropout=dropout,
             num_components=num_components,
             head_rank=head_rank,
+            min_log_scale=min_log_scale,
         )
         self.net_ema = copy.deepcopy(self.net).requires_grad_(False) if ema_decay > 0 else None
         # Not a submodule: the evaluator's weights are its own, not the generator's.

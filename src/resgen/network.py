@@ -23,7 +23,7 @@ class ResGenNet(nn.Module):
         max_positions: size of the position table.
         conditioner: gives the prefix tokens; bound to ``width`` here.
         width, num_layers, num_heads, mlp_ratio, dropout: backbone shape.
-        num_components, head_rank: mixture head shape.
+        num_components, head_rank, min_log_scale: mixture head shape.
     """
 
     def __init__(
@@ -40,19 +40,24 @@ class ResGenNet(nn.Module):
         dropout: float,
         num_components: int,
         head_rank: int | None,
+        min_log_scale: float = -1.5,
     ) -> None:
         super().__init__()
         self.max_positions = max_positions
         conditioner.bind(width)
         self.conditioner = conditioner
         self.input_proj = nn.Linear(embed_dim, width)
+        # The pooled condition is also added to every position: a direct path that makes
+        # the condition felt from the first layer (a prefix token alone is learned slowly).
+        self.cond_proj = nn.Linear(width, width)
         self.count_embed = nn.Embedding(depth + 1, width)
         self.pos_embed = nn.Parameter(nn.init.trunc_normal_(torch.empty(max_positions, width), std=0.02))
         self.backbone = Transformer(
             width=width, num_layers=num_layers, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout
         )
         self.head = MixtureHead(
-            width=width, dim=embed_dim, num_components=num_components, rank=head_rank
+            width=width, dim=embed_dim, num_components=num_components, rank=head_rank,
+            min_log_scale=min_log_scale,
         )
         nn.init.trunc_normal_(self.count_embed.weight, std=0.02)
 
@@ -74,6 +79,7 @@ class ResGenNet(nn.Module):
                 f"{self.max_positions}; shorten the input or train with a larger max_positions."
             )
         x = self.input_proj(visible) + self.count_embed(counts) + self.pos_embed[:length]
+        x = x + self.cond_proj(prefix.mean(1, keepdim=True).to(x.dtype))
         h = self.backbone(torch.cat([prefix.to(x.dtype), x], 1))
         return self.head(h[:, prefix.shape[1]:])
 
