@@ -176,6 +176,25 @@ def test_predict_with_config_and_label_data(trained: dict, tmp_path: Path) -> No
     assert saved["labels"].tolist() == list(range(10))
 
 
+def test_checkpoint_only_predict_accepts_nested_overrides(trained: dict, tmp_path: Path) -> None:
+    """``--model.init_args.sampling.*`` overrides apply on top of the stored config."""
+    out = tmp_path / "nested"
+    cli = main([
+        "predict", "--ckpt_path", str(trained["resgen_ckpt"]), "--output_dir", str(out),
+        "--model.init_args.sampling.steps", "3", "--model.init_args.sampling.cfg_scale", "0.5",
+        "--data.init_args.per_class", "1", "--trainer.logger", "false",
+    ])
+    assert cli.model.sampling.steps == 3 and cli.model.sampling.cfg_scale == 0.5
+    assert cli.model.net.conditioner.num_classes == 10  # the rest comes from the checkpoint
+    _check_image_predictions(out, expected=10)
+
+
+def test_checkpoint_only_predict_refuses_codec_checkpoint(trained: dict, tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="not a generator"):
+        main(["predict", "--ckpt_path", str(trained["codec_ckpt"]), "--output_dir", str(tmp_path)])
+    assert not (tmp_path / "samples.png").exists()
+
+
 def test_checkpoint_only_predict_in_fresh_process(trained: dict, tmp_path: Path) -> None:
     """``python -m resgen.cli predict --ckpt_path X`` from an unrelated directory, twice."""
     command = [
@@ -311,3 +330,16 @@ def test_predict_truncated_checkpoint(trained: dict, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="truncated or corrupt") as exc:
         main(["predict", "--ckpt_path", str(truncated)])
     assert str(truncated) in str(exc.value)
+
+
+def test_console_reports_input_errors_in_one_line(tmp_path: Path) -> None:
+    """The `resgen` command prints `error: ...` (no traceback) and exits with status 2."""
+    missing = tmp_path / "missing.ckpt"
+    proc = subprocess.run(
+        [sys.executable, "-m", "resgen.cli", "predict", "--ckpt_path", str(missing)],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "RESGEN_DEBUG": ""},
+    )
+    assert proc.returncode == 2
+    assert f"error: checkpoint not found: {missing}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written

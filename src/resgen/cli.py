@@ -7,6 +7,7 @@ model from the configuration stored in the checkpoint, so a checkpoint alone is 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -14,9 +15,9 @@ import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningCLI
 
-from resgen.checkpoint import read_checkpoint, stored_config, without_evaluator
-from resgen.config import class_path
-from resgen.plugins import get_modality, load_plugins
+from resgen.checkpoint import CheckpointError, read_checkpoint, stored_config, without_evaluator
+from resgen.config import class_path, import_object
+from resgen.plugins import PluginError, get_modality, load_plugins
 
 CHECKPOINT_SUBCOMMANDS = ("predict", "test", "validate")
 
@@ -47,8 +48,11 @@ class ResGenCLI(LightningCLI):
         self.trainer.callbacks.append(get_modality(modality).prediction_writer(output_dir))
 
 
-def _option_given(args: list[str], *names: str) -> bool:
-    return any(a == n or a.startswith(n + "=") or a.startswith(n + ".") for a in args for n in names)
+def _class_given(args: list[str], key: str) -> bool:
+    """Whether ``args`` choose the class of ``key`` (``--key X`` or ``--key.class_path X``);
+    nested overrides such as ``--key.init_args.x`` do not count."""
+    names = (f"--{key}", f"--{key}.class_path")
+    return any(a in names or a.startswith(tuple(n + "=" for n in names)) for a in args)
 
 
 def _option_value(args: list[str], name: str) -> str | None:
@@ -66,17 +70,20 @@ def inject_checkpoint_config(args: list[str]) -> list[str]:
     if not args or args[0] not in CHECKPOINT_SUBCOMMANDS:
         return args
     ckpt_path = _option_value(args, "--ckpt_path")
-    if ckpt_path is None or _option_given(args, "--config", "-c", "--model"):
+    config_given = any(a in ("-c", "--config") or a.startswith("--config=") for a in args)
+    if ckpt_path is None or config_given or _class_given(args, "model"):
         return args
     ckpt = read_checkpoint(ckpt_path)
     config = stored_config(ckpt, ckpt_path)
     if args[0] == "predict":  # sampling needs no judge (whose weights may live elsewhere)
         config = without_evaluator(config)
     extra = ["--model", json.dumps(config)]
-    data_class_given = any(
-        a in ("--data", "--data.class_path") or a.startswith(("--data=", "--data.class_path=")) for a in args
-    )
-    if args[0] == "predict" and not data_class_given:
+    if args[0] == "predict" and not _class_given(args, "data"):
+        if not callable(getattr(import_object(config["class_path"]), "generate", None)):
+            raise CheckpointError(
+                f"{ckpt_path} holds a {config['class_path']} (not a generator): sampling needs a "
+                "generator checkpoint (resgen.ResGen), or pass --data with inputs to reconstruct."
+            )
         modality = ckpt.get("resgen", {}).get("modality", "")
         plugin = get_modality(modality)
         if plugin.predict_data is None:
@@ -112,10 +119,23 @@ def main(args: list[str] | None = None) -> ResGenCLI | None:
     )
 
 
+USER_ERRORS = (CheckpointError, PluginError, ValueError, FileNotFoundError, OSError, FloatingPointError)
+
+
 def run() -> None:
-    """Console-script entry point (``resgen ...``)."""
+    """Console-script entry point (``resgen ...``).
+
+    Errors caused by input (bad values, missing or corrupt files, unwritable folders) are
+    printed as one ``error:`` line with exit status 2; set ``RESGEN_DEBUG=1`` for the traceback.
+    """
     args, sys.argv[1:] = sys.argv[1:], []  # LightningCLI warns when it sees both
-    main(args)
+    try:
+        main(args)
+    except USER_ERRORS as err:
+        if os.environ.get("RESGEN_DEBUG"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ def to_config(value: Any) -> Any:
     if isinstance(value, Configurable):
         return value.config()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {"class_path": class_path(value), "init_args": dataclasses.asdict(value)}
+        return dataclasses.asdict(value)  # plain fields, as LightningCLI writes dataclasses
     if isinstance(value, (list, tuple)):
         return [to_config(v) for v in value]
     if isinstance(value, dict):

@@ -71,7 +71,7 @@ class ResGen(Configurable, L.LightningModule):
         warmup_steps: int = 200,
         min_lr_ratio: float = 0.05,
         ema_decay: float = 0.999,
-        sampling: SamplingConfig | None = None,
+        sampling: SamplingConfig | dict[str, Any] | None = None,
         evaluator: FeatureExtractor | None = None,
         seed: int = 0,
     ) -> None:
@@ -91,6 +91,8 @@ class ResGen(Configurable, L.LightningModule):
         self.loss_kind, self.mask_schedule = loss, mask_schedule
         self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
         self.warmup_steps, self.min_lr_ratio, self.ema_decay = warmup_steps, min_lr_ratio, ema_decay
+        if isinstance(sampling, dict):  # rebuilt from a stored config
+            sampling = SamplingConfig(**sampling)
         self.sampling = sampling or SamplingConfig()
         self.sampling.validate()
         self.seed = seed
