@@ -298,3 +298,15 @@ def test_sample_tokens_reveals_everything_when_log_density_underflows():
     got = [r.flatten(1).sum(-1).tolist() for r in records]
     expected = [[n] * b for n in masked_counts_schedule(length, depth, steps)]
     assert got == expected
+
+
+def test_generate_accepts_label_lists_and_ints(model) -> None:
+    """Labels given as a list or an int sample the same as the equivalent LongTensor."""
+    from_tensor = model.generate(torch.tensor([0, 2]), steps=3, generator=torch.Generator().manual_seed(5))
+    from_list = model.generate([0, 2], steps=3, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(from_tensor, from_list)
+    assert model.generate(1, steps=2).shape[0] == 1
+    with pytest.raises(ValueError, match="integer labels"):
+        model.generate([0.5], steps=2)
+    with pytest.raises(ValueError, match="integer labels"):
+        model.generate(torch.zeros(2, 2, dtype=torch.long), steps=2)

@@ -46,6 +46,10 @@ class Conditioner(Configurable, nn.Module, ABC):
     def validate(self, cond: Any) -> None:
         """Raise ``ValueError`` if ``cond`` is not a valid condition (override)."""
 
+    def prepare(self, cond: Any, device: torch.device) -> Any:
+        """Bring a user-given condition to the model's form and device (override)."""
+        return cond.to(device) if isinstance(cond, Tensor) else cond
+
     def draw_drop(self, cond: Any, generator: torch.Generator | None, device: torch.device) -> Tensor:
         """Training-time condition dropout: ``BoolTensor [B]``."""
         b = self.batch_size(cond)
@@ -73,9 +77,25 @@ class ClassConditioner(Conditioner):
         self.embedding = nn.Embedding(self.num_classes + 1, width)
         nn.init.trunc_normal_(self.embedding.weight, std=0.02)
 
+    def prepare(self, cond: Any, device: torch.device) -> Tensor:
+        """Labels as ``LongTensor [B]`` on ``device`` (accepts a tensor, a list or an int)."""
+        if isinstance(cond, int):
+            cond = [cond]
+        if isinstance(cond, (list, tuple)):
+            if not all(isinstance(c, int) and not isinstance(c, bool) for c in cond):
+                raise ValueError(f"class conditions must be integer labels, got {cond!r}.")
+            cond = torch.tensor(cond, dtype=torch.long)
+        if isinstance(cond, Tensor) and cond.dtype in (torch.int32, torch.int16, torch.uint8):
+            cond = cond.long()
+        return cond.to(device) if isinstance(cond, Tensor) else cond
+
     def validate(self, cond: Any) -> None:
-        if not isinstance(cond, Tensor) or cond.dtype not in (torch.long, torch.int32):
-            raise ValueError("class conditions must be an integer tensor of labels [B].")
+        if not isinstance(cond, Tensor) or cond.dtype != torch.long or cond.ndim != 1:
+            raise ValueError(
+                "class conditions must be integer labels [B] (a LongTensor, a list of ints or an int), "
+                f"got {type(cond).__name__}" + (f" of shape {tuple(cond.shape)}" if isinstance(cond, Tensor) else "")
+                + "."
+            )
         if cond.numel() and (int(cond.min()) < 0 or int(cond.max()) >= self.num_classes):
             raise ValueError(
                 f"class label out of range: got labels in [{int(cond.min())}, {int(cond.max())}] "

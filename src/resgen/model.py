@@ -233,7 +233,8 @@ class ResGen(Configurable, L.LightningModule):
         """Sample tokens for a batch of conditions.
 
         Args:
-            cond: the modality's conditioning batch (class labels ``LongTensor [B]`` for images).
+            cond: the modality's conditioning batch (class labels ``LongTensor [B]``, a list of
+                ints or one int for images).
             steps: T (default from :attr:`sampling`), independent of L and D.
             cfg_scale: guidance ``w >= 0``; 0 is the conditional model alone.
             temperature: Gaussian scale when drawing from a component.
@@ -255,6 +256,7 @@ class ResGen(Configurable, L.LightningModule):
         }
         config = SamplingConfig(**{**self.sampling.__dict__, **overrides})
         config.validate()
+        cond = self.conditioner.prepare(cond, self.device)
         self.conditioner.validate(cond)
         net = self.sampling_net if use_ema else self.net
         b = self.conditioner.batch_size(cond)
