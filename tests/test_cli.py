@@ -37,15 +37,6 @@ CODEC_CKPT = Path("outputs/debug/codec/checkpoints/last.ckpt")
 RESGEN_CKPT = Path("outputs/debug/resgen/checkpoints/last.ckpt")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _plain_argv():
-    """Tests call the CLI in-process with ``args``; hide pytest's own argv from LightningCLI."""
-    mp = pytest.MonkeyPatch()
-    mp.setattr(sys, "argv", sys.argv[:1])
-    yield
-    mp.undo()
-
-
 def _load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
@@ -343,3 +334,16 @@ def test_console_reports_input_errors_in_one_line(tmp_path: Path) -> None:
     assert f"error: checkpoint not found: {missing}" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_main_hides_and_restores_process_argv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Explicit args win; the caller's own argv (pytest's here) neither warns nor leaks, and is restored."""
+    monkeypatch.setattr(sys, "argv", ["pytest", "-q", "tests"])
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(SystemExit) as exit_info:
+        warnings.simplefilter("always")
+        main(["fit", "-c", DEBUG_CODEC, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert sys.argv == ["pytest", "-q", "tests"]
+    assert not [w for w in caught if "args parameter" in str(w.message)]

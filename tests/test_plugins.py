@@ -142,15 +142,6 @@ plugin = Modality(
 '''
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _plain_argv():
-    """Tests call the CLI in-process with ``args``; hide pytest's own argv from LightningCLI."""
-    mp = pytest.MonkeyPatch()
-    mp.setattr(sys, "argv", sys.argv[:1])
-    yield
-    mp.undo()
-
-
 def _write_distribution(root: Path, name: str, entry_points: str) -> None:
     """A minimal installed distribution: ``<name>-0.1.dist-info`` with METADATA and entry points."""
     info = root / f"{name}-0.1.dist-info"

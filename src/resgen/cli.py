@@ -108,15 +108,21 @@ def main(args: list[str] | None = None) -> ResGenCLI | None:
         print_modalities()
         return None
     args = inject_checkpoint_config(args)
-    return ResGenCLI(
-        L.LightningModule,
-        L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        seed_everything_default=0,
-        args=args,
-    )
+    # The arguments are always explicit here; LightningCLI warns when it also sees the
+    # process's own argv (pytest's, the demo's), so hide it while the CLI runs.
+    argv, sys.argv[1:] = sys.argv[1:], []
+    try:
+        return ResGenCLI(
+            L.LightningModule,
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=0,
+            args=args,
+        )
+    finally:
+        sys.argv[1:] = argv
 
 
 USER_ERRORS = (CheckpointError, PluginError, ValueError, FileNotFoundError, OSError, FloatingPointError)
@@ -128,9 +134,8 @@ def run() -> None:
     Errors caused by input (bad values, missing or corrupt files, unwritable folders) are
     printed as one ``error:`` line with exit status 2; set ``RESGEN_DEBUG=1`` for the traceback.
     """
-    args, sys.argv[1:] = sys.argv[1:], []  # LightningCLI warns when it sees both
     try:
-        main(args)
+        main()
     except USER_ERRORS as err:
         if os.environ.get("RESGEN_DEBUG"):
             raise

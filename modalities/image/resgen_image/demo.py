@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -110,7 +109,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--generator-config", type=Path, default=CONFIGS / "digits_resgen.yaml")
     parser.add_argument("--per-class", type=int, default=100)
     args, extra = parser.parse_known_args(argv)
-    sys.argv[1:] = []  # the demo drives LightningCLI with explicit args; it warns if it sees both
     metrics = run(args.out, codec_config=args.codec_config, generator_config=args.generator_config,
                   per_class=args.per_class, extra=extra)
     print(json.dumps(metrics, indent=2))
