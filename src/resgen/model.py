@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any
 
 import lightning as L
@@ -135,9 +134,16 @@ class ResGen(Configurable, L.LightningModule):
         return tokens, batch.get("cond")
 
     def _inputs(self, tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        counts = mask.sum(-1)
-        visible = self.codec.embed(tokens, upto=self.codec.depth - counts) / self.codec.latent_scale
-        return visible, counts
+        """Visible cumulative embedding / s ``[B, L, c]`` and masked counts ``m_l [B, L]``."""
+        visible, _ = self._split_embedding(tokens, mask)
+        return visible, mask.sum(-1)
+
+    def _split_embedding(self, tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Sums of the unmasked and of the masked codewords per position, divided by ``s``
+        (one codebook lookup for both: the model's input and its target)."""
+        vectors = self.codec.depth_embeddings(tokens) / self.codec.latent_scale  # [B, L, D, c]
+        masked = mask.unsqueeze(-1).to(vectors.dtype)
+        return (vectors * (1 - masked)).sum(-2), (vectors * masked).sum(-2)
 
     # ----------------------------------------------------------------- training
     def on_fit_start(self) -> None:
@@ -159,8 +165,8 @@ class ResGen(Configurable, L.LightningModule):
         mask = hierarchical_mask(
             b, length, depth, schedule=self.mask_schedule, generator=generator, device=tokens.device
         )
-        visible, counts = self._inputs(tokens, mask)
-        target = (self.codec.embed(tokens) * self.codec.latent_scale ** -1) - visible
+        visible, target = self._split_embedding(tokens, mask)
+        counts = mask.sum(-1)
         if drop is None:
             drop = self.conditioner.draw_drop(cond, generator, tokens.device)
         mixture = net(visible, counts, net.conditioner(cond, drop))
@@ -341,6 +347,3 @@ class ResGen(Configurable, L.LightningModule):
                 "use the codec it was trained with, or retrain the generator."
             )
 
-
-def nats_to_bits(x: float) -> float:
-    return x / math.log(2)

@@ -31,7 +31,7 @@ class SupportsQuantize(Protocol):
     depth: int
     latent_scale: float
 
-    def embed(self, tokens: Tensor, upto: int | Tensor | None = None) -> Tensor: ...
+    def depth_embeddings(self, tokens: Tensor) -> Tensor: ...
 
     def quantize_from(self, residual: Tensor, start: int | Tensor) -> Tensor: ...
 
@@ -154,7 +154,8 @@ def sample_tokens(
         proposal = codec.quantize_from(scale * z.float(), start)
         proposal = torch.where(mask, proposal, tokens)
         # Confidence of a position: log-density of its quantized sample under the mixture.
-        quantized = (codec.embed(proposal) - codec.embed(proposal, upto=first)) / scale
+        vectors = codec.depth_embeddings(proposal)  # [B, L, D, c]
+        quantized = (vectors * mask.unsqueeze(-1).to(vectors.dtype)).sum(-2) / scale
         mix32 = Mixture(mixture.logits.float(), mixture.means.float(), mixture.log_scales.float())
         log_density = mix32.log_prob(quantized.float())  # [B, L]
         # Never let a masked token tie with the -inf sentinel of revealed tokens below.
